@@ -133,6 +133,37 @@ def upsample(cam: jax.Array, size: Sequence[int]) -> jax.Array:
   return jax.image.resize(cam, (cam.shape[0], h, w), method="bilinear", antialias=False)
 
 
+def _forward_and_vjp(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, layer: str,
+                     train: bool, rngs: Mapping[str, jax.Array] | None, mutable: Sequence[str]):
+  """One forward pass; returns logits, the VJP from logits to ``layer``, the outputs and new state."""
+  mutable = list(mutable)
+
+  def apply(perturbation: jax.Array | None):
+    vs = dict(variables)
+    if perturbation is not None:
+      vs[PERTURBATIONS] = {layer: perturbation}
+    result = model.apply(vs, images, train=train, rngs=rngs, mutable=mutable or False)
+    (logits, out), state = result if mutable else (result, {})
+    if layer not in out:
+      raise ValueError(f"Layer {layer!r} is not a named output of {type(model).__name__}; "
+                       f"available: {sorted(out)}.")
+    return logits, (out, state)
+
+  # Trace-time only: the layer's shape, to build the zero perturbation.
+  _, (out_shapes, _) = jax.eval_shape(lambda: apply(None))
+  zeros = jnp.zeros(out_shapes[layer].shape, out_shapes[layer].dtype)
+  logits, vjp_fn, (out, state) = jax.vjp(apply, zeros, has_aux=True)
+  return logits, vjp_fn, out, state
+
+
+def _target_gradients(vjp_fn, logits: jax.Array, targets: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  if targets is None:
+    targets = jnp.argmax(logits, axis=-1)
+  targets = jax.lax.stop_gradient(targets).astype(jnp.int32)
+  (grads,) = vjp_fn(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))
+  return grads, targets
+
+
 def forward_with_cam(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *,
                      layer: str, targets: jax.Array | None = None, method: str = "gradcam",
                      weights_gradient: str = "full", train: bool = False,
@@ -159,27 +190,32 @@ def forward_with_cam(model: nn.Module, variables: Mapping[str, Any], images: jax
   chex.assert_rank(images, 4)
   if targets is not None:
     chex.assert_shape(targets, (images.shape[0],))
-  mutable = list(mutable)
-
-  def apply(perturbation: jax.Array | None):
-    vs = dict(variables)
-    if perturbation is not None:
-      vs[PERTURBATIONS] = {layer: perturbation}
-    result = model.apply(vs, images, train=train, rngs=rngs, mutable=mutable or False)
-    (logits, out), state = result if mutable else (result, {})
-    if layer not in out:
-      raise ValueError(f"Layer {layer!r} is not a named output of {type(model).__name__}; "
-                       f"available: {sorted(out)}.")
-    return logits, (out, state)
-
-  # Trace-time only: the layer's shape, to build the zero perturbation.
-  _, (out_shapes, _) = jax.eval_shape(lambda: apply(None))
-  zeros = jnp.zeros(out_shapes[layer].shape, out_shapes[layer].dtype)
-  logits, vjp_fn, (out, state) = jax.vjp(apply, zeros, has_aux=True)
-  if targets is None:
-    targets = jnp.argmax(logits, axis=-1)
-  targets = jax.lax.stop_gradient(targets).astype(jnp.int32)
-  (grads,) = vjp_fn(jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))
+  logits, vjp_fn, out, state = _forward_and_vjp(model, variables, images, layer, train, rngs, mutable)
+  grads, targets = _target_gradients(vjp_fn, logits, targets)
   activations = out[layer]
   cam = cam_from_gradients(activations, grads, method, weights_gradient)
   return CamOutput(logits, cam, targets, activations, grads, out, state)
+
+
+def cams_for_targets(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, *, layer: str,
+                     targets: Mapping[str, jax.Array | None], method: str = "gradcam"
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Eval-mode CAMs of several target sets from a single forward pass.
+
+  Args:
+    model: the classifier.
+    variables: its variables.
+    images: ``(B, H, W, 3)``.
+    layer: Grad-CAM layer.
+    targets: e.g. ``{'pred': None, 'true': labels}`` (``None`` = argmax).
+    method: CAM variant.
+
+  Returns:
+    ``(logits, {name: raw cam (B, h, w)})``; one backward through the head per entry.
+  """
+  logits, vjp_fn, out, _ = _forward_and_vjp(model, variables, images, layer, False, None, ())
+  cams = {}
+  for name, t in targets.items():
+    grads, _ = _target_gradients(vjp_fn, logits, t)
+    cams[name] = cam_from_gradients(out[layer], grads, method)
+  return logits, cams

@@ -57,6 +57,13 @@ class BoxOverride:
     return cls(boxes.astype(np.float32), valid, len(table.missing))
 
 
+def box_overrides(data_cfg: Mapping[str, Any], split_sources: Mapping[str, Source]) -> dict[str, BoxOverride]:
+  """Boxes-file overrides for each split, or none when boxes come from the masks (``data.boxes='mask'``)."""
+  if data_cfg["boxes"] in ("", "mask"):
+    return {}
+  return {split: BoxOverride.from_file(data_cfg["boxes"], src) for split, src in split_sources.items()}
+
+
 class _Prepare(grain.transforms.RandomMap):
   """Decoded example -> fixed-size arrays (augmented in training)."""
 

@@ -153,7 +153,7 @@ def _load_example(tree: _Tree, split: str, stem: str, threshold: int) -> dict:
       raw = buf.getvalue()
   attrs = np.load(io.BytesIO(tree.read(split, stem + "_attr_labels.npy")), allow_pickle=False)
   attrs = np.asarray(attrs).reshape(-1, len(ATTRIBUTES))[0].astype(bool)
-  attr_dict = pickle.loads(tree.read(split, stem + "_attr_dict.pkl"))  # noqa: S301 - user's own files
+  attr_dict = pickle.loads(tree.read(split, stem + "_attr_dict.pkl"))
   mask = decode_object_mask(attr_dict, size, threshold)
   box, valid = tight_box(mask)
   return {"image": raw, "mask": _encode_png(mask), "box": box, "box_valid": valid, "label": label,
@@ -213,7 +213,7 @@ class Rival10(tfds.core.GeneratorBasedBuilder):
     for stem in stems:
       try:
         example = _load_example(tree, split, stem, cfg.mask_threshold)
-      except Exception as e:  # noqa: BLE001 - every failure is reported by name
+      except Exception as e:
         bad[f"{split}/ordinary/{stem}"] = f"{type(e).__name__}: {e}"
         logging.warning("RIVAL10: skipping %s/%s: %s", split, stem, bad[f"{split}/ordinary/{stem}"])
         continue

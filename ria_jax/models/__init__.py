@@ -8,7 +8,7 @@ Grad-CAM layers listed by :func:`cam_layers`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -62,3 +62,29 @@ def create(name: str, **kwargs: Any) -> nn.Module:
 def cam_layers(name: str) -> tuple[str, ...]:
   """The Grad-CAM layer names a model exposes (valid ``cam.layer`` values)."""
   return _lookup(name)[1]
+
+
+_FAMILY_FIELDS = {"vgg": ("pool_size", "dropout"), "resnet": ("stem",)}
+
+
+def from_config(model_cfg: Mapping[str, Any], num_classes: int, axis_name: str | None = None) -> nn.Module:
+  """Builds the classifier of a config's ``model`` section.
+
+  Args:
+    model_cfg: ``name``, ``width``, ``dtype``, ``input_norm``, ``sync_bn`` and
+      per family ``pool_size``/``dropout`` (VGG) or ``stem`` (ResNet); fields
+      of the other family are ignored.
+    num_classes: classifier outputs.
+    axis_name: data-parallel mesh axis; BatchNorm statistics are synchronised
+      over it when ``sync_bn`` is set.
+
+  Returns:
+    The unbound Flax module.
+  """
+  name = model_cfg["name"]
+  family = "vgg" if name.startswith("vgg") else "resnet"
+  kwargs = {k: model_cfg[k] for k in _FAMILY_FIELDS[family] if k in model_cfg}
+  sync = bool(model_cfg.get("sync_bn", True))
+  return create(name, num_classes=num_classes, width=float(model_cfg.get("width", 1.0)),
+                dtype=model_cfg.get("dtype", "float32"), input_norm=model_cfg.get("input_norm", "none"),
+                bn_axis_name=axis_name if sync else None, **kwargs)

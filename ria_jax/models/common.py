@@ -106,3 +106,29 @@ def batch_norm(train: bool, dtype: Dtype, axis_name: str | None, name: str,
       scale_init=scale_init,
       name=name,
   )
+
+
+# Per-channel (mean, std) of the input conventions pretrained weights expect.
+INPUT_NORMS = {
+    "none": None,
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision / timm ImageNet
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),                  # [-1, 1] inputs
+}
+
+
+def normalize_input(x: jax.Array, norm: str | None) -> jax.Array:
+  """uint8 images -> [0, 1]; then ``(x - mean) / std`` for the named convention.
+
+  Args:
+    x: ``(B, H, W, 3)`` uint8 in [0, 255] or float in [0, 1].
+    norm: a key of :data:`INPUT_NORMS` (``None`` = ``'none'``).
+  """
+  if x.dtype == jnp.uint8:
+    x = x.astype(jnp.float32) / 255.0
+  if norm not in INPUT_NORMS and norm is not None:
+    raise ValueError(f"Unknown input normalisation {norm!r}; expected one of {sorted(INPUT_NORMS)}.")
+  stats = INPUT_NORMS.get(norm or "none")
+  if stats is None:
+    return x
+  mean, std = (jnp.asarray(s, x.dtype) for s in stats)
+  return (x - mean) / std

@@ -83,6 +83,8 @@ class ResNet(nn.Module):
       not weight-compatible with torchvision's stem).
     dtype: compute dtype (parameters stay float32; logits are float32).
     bn_axis_name: mesh axis for synchronised BatchNorm statistics.
+    input_norm: input convention, see ``common.INPUT_NORMS`` (``'imagenet'``
+      for torchvision weights); inputs are uint8 or floats in [0, 1].
   """
 
   stage_sizes: Sequence[int]
@@ -92,20 +94,21 @@ class ResNet(nn.Module):
   stem: str = "imagenet"
   dtype: common.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  input_norm: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Classifies NHWC images.
 
     Args:
-      x: images ``(B, H, W, 3)``.
+      x: images ``(B, H, W, 3)``, uint8 or float in [0, 1].
       train: BatchNorm batch statistics on (and updated).
 
     Returns:
       ``(logits (B, num_classes) float32, out)`` with the named activations.
     """
     out: dict[str, jax.Array] = {}
-    x = x.astype(self.dtype)
+    x = common.normalize_input(x, self.input_norm).astype(self.dtype)
     stem_channels = common.scaled(64, self.width)
     if self.stem == "imagenet":
       x = nn.Conv(stem_channels, (7, 7), (2, 2), padding=common.torch_pad(3), use_bias=False,

@@ -35,6 +35,8 @@ class VGG(nn.Module):
     dropout: dropout rate in the classifier (torchvision: 0.5).
     dtype: compute dtype (parameters stay float32; logits are float32).
     bn_axis_name: mesh axis for synchronised BatchNorm statistics.
+    input_norm: input convention, see ``common.INPUT_NORMS`` (``'imagenet'``
+      for torchvision weights); inputs are uint8 or floats in [0, 1].
   """
 
   num_classes: int = 1000
@@ -44,20 +46,21 @@ class VGG(nn.Module):
   dropout: float = 0.5
   dtype: common.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  input_norm: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Classifies NHWC images.
 
     Args:
-      x: images ``(B, H, W, 3)``.
+      x: images ``(B, H, W, 3)``, uint8 or float in [0, 1].
       train: BatchNorm batch statistics and dropout on.
 
     Returns:
       ``(logits (B, num_classes) float32, out)`` with the named activations.
     """
     out: dict[str, jax.Array] = {}
-    x = x.astype(self.dtype)
+    x = common.normalize_input(x, self.input_norm).astype(self.dtype)
     for block, n_convs, channels in _VGG16_BLOCKS:
       for i in range(1, n_convs + 1):
         name = f"conv{block}_{i}"
