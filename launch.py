@@ -33,9 +33,17 @@ def _cluster_detected() -> bool:
   return any(m in os.environ for m in markers)
 
 
+class _QuietLibraries(logging.logging.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flags, so --help is fast
 
   if _COORDINATOR.value is not None:

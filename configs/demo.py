@@ -13,9 +13,9 @@ def get_config():
   config = base.get_config()
   config.model.name = "resnet18"
   config.model.width = 0.25
-  config.model.stem = "cifar"
+  config.model.stem = "small"
   config.model.input_norm = "none"
-  config.ria.layer = "layer4"
+  config.ria.layer = "layer3"
   config.data.name = "synthetic"
   config.data.image_size = 64
   config.data.synthetic.train_size = 10_000

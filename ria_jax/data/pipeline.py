@@ -26,7 +26,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ria_jax.data import augment, boxes_file
@@ -130,6 +130,8 @@ def make_iterator(ds: grain.MapDataset, workers: int = 0, threads: int = 0) -> g
   """A checkpointable iterator, optionally with worker processes."""
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, 1)))
   if workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app use defaults
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
   return iter(it_ds)
 

@@ -162,15 +162,17 @@ def _load_example(tree: _Tree, split: str, stem: str, threshold: int) -> dict:
 
 @dataclasses.dataclass(kw_only=True)
 class Rival10Config(tfds.core.BuilderConfig):
-  """Build options.
+  """What the stored data depends on (part of the config name).
 
   Attributes:
     mask_threshold: grey level (0-255) from which a mask pixel is object.
-    max_bad_fraction: share of bad examples per split above which the build fails.
   """
 
   mask_threshold: int = 128
-  max_bad_fraction: float = 0.01
+
+  @classmethod
+  def from_threshold(cls, mask_threshold: int) -> Rival10Config:
+    return cls(name=f"mask{int(mask_threshold)}", mask_threshold=int(mask_threshold))
 
 
 class Rival10(tfds.core.GeneratorBasedBuilder):
@@ -178,8 +180,13 @@ class Rival10(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}  # noqa: RUF012 - TFDS API
-  BUILDER_CONFIGS = [Rival10Config(name="default")]  # noqa: RUF012
+  BUILDER_CONFIGS = [Rival10Config.from_threshold(128)]  # noqa: RUF012
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+
+  def __init__(self, *, max_bad_fraction: float = 0.01, **kwargs):
+    """Args: max_bad_fraction: share of bad examples per split above which the build fails."""
+    self.max_bad_fraction = float(max_bad_fraction)
+    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -221,15 +228,15 @@ class Rival10(tfds.core.GeneratorBasedBuilder):
     self._report["bad"].update(bad)
     self._report["counts"][split] = {"total": len(stems), "bad": len(bad)}
     self._write_report()
-    if len(bad) > cfg.max_bad_fraction * len(stems):
+    if len(bad) > self.max_bad_fraction * len(stems):
       listing = "\n".join(f"  {k}: {v}" for k, v in list(bad.items())[:20])
       raise ValueError(
           f"RIVAL10 {split}: {len(bad)} of {len(stems)} examples are bad (more than "
-          f"{cfg.max_bad_fraction:.1%}); is the copy complete? First ones:\n{listing}\n"
+          f"{self.max_bad_fraction:.1%}); is the copy complete? First ones:\n{listing}\n"
           f"Full report: {self._report_path()}")
 
   def _report_path(self) -> Path:
-    return Path(self.data_dir).parent.parent / REPORT_NAME
+    return Path(self.data_dir_root) / REPORT_NAME
 
   def _write_report(self) -> None:
     path = self._report_path()

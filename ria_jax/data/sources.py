@@ -53,17 +53,25 @@ def synthetic_spec(data_cfg: Mapping[str, Any]) -> synthetic.SyntheticSpec:
   return synthetic.SyntheticSpec(image_size=data_cfg.get("source_size") or data_cfg["image_size"], **opts)
 
 
+def _config_arg(builder_cls: type, config: tfds.core.BuilderConfig) -> tfds.core.BuilderConfig | str:
+  """TFDS wants predefined configs by name (an equal custom config object is an error)."""
+  return config.name if any(c.name == config.name for c in builder_cls.BUILDER_CONFIGS) else config
+
+
 def builder(data_cfg: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   """The TFDS builder for ``data_cfg.name`` (not yet prepared)."""
   name = data_cfg["name"]
   if name == "synthetic":
     config = synthetic_tfds.SyntheticConfig.from_spec(synthetic_spec(data_cfg))
-    return synthetic_tfds.SyntheticBackgrounds(config=config, data_dir=data_dir(data_cfg),
+    return synthetic_tfds.SyntheticBackgrounds(config=_config_arg(synthetic_tfds.SyntheticBackgrounds, config),
+                                               data_dir=data_dir(data_cfg),
                                                file_format="array_record")
   if name == "rival10":
     opts = dict(data_cfg.get("rival10", {}))
-    config = rival10.Rival10Config(name="default", **opts)
-    return rival10.Rival10(config=config, data_dir=data_dir(data_cfg), file_format="array_record")
+    config = rival10.Rival10Config.from_threshold(opts.get("mask_threshold", 128))
+    return rival10.Rival10(config=_config_arg(rival10.Rival10, config), data_dir=data_dir(data_cfg),
+                           file_format="array_record",
+                           max_bad_fraction=opts.get("max_bad_fraction", 0.01))
   raise ValueError(f"Unknown dataset {name!r}; available: {DATASETS}.")
 
 
