@@ -133,6 +133,13 @@ def upsample(cam: jax.Array, size: Sequence[int]) -> jax.Array:
   return jax.image.resize(cam, (cam.shape[0], h, w), method="bilinear", antialias=False)
 
 
+def _varying_axes(aval: Any) -> tuple[str, ...]:
+  """Mesh axes along which a traced value varies inside ``shard_map`` (empty outside)."""
+  manual = getattr(aval, "manual_axis_type", None)  # JAX >= 0.9
+  axes = manual.varying if manual is not None else getattr(aval, "vma", ())  # older releases
+  return tuple(sorted(axes))
+
+
 def _forward_and_vjp(model: nn.Module, variables: Mapping[str, Any], images: jax.Array, layer: str,
                      train: bool, rngs: Mapping[str, jax.Array] | None, mutable: Sequence[str]):
   """One forward pass; returns logits, the VJP from logits to ``layer``, the outputs and new state."""
@@ -152,6 +159,12 @@ def _forward_and_vjp(model: nn.Module, variables: Mapping[str, Any], images: jax
   # Trace-time only: the layer's shape, to build the zero perturbation.
   _, (out_shapes, _) = jax.eval_shape(lambda: apply(None))
   zeros = jnp.zeros(out_shapes[layer].shape, out_shapes[layer].dtype)
+  # Inside shard_map the activation varies along the data axis; a constant
+  # zero would be typed as replicated, and the transpose of that replication
+  # would psum the CAM gradients of all devices together.
+  varying = _varying_axes(out_shapes[layer])
+  if varying:
+    zeros = jax.lax.pcast(zeros, varying, to="varying")
   logits, vjp_fn, (out, state) = jax.vjp(apply, zeros, has_aux=True)
   return logits, vjp_fn, out, state
 

@@ -1,9 +1,10 @@
 """TrainState, the pure per-device ``train_step`` and its data-parallel, jitted form.
 
 ``train_step(state, batch, rng)`` is written for one device's share of the
-batch, pmap-style: gradients and metrics are summed with ``lax.psum`` over
-the ``'data'`` axis (the objective is normalised by *global* counts, so the
-sum is the global-batch gradient) and BatchNorm statistics are averaged with
+batch, pmap-style: metrics are summed with ``lax.psum`` over the ``'data'``
+axis, gradients are summed too (by AD itself, see the comment in the code;
+the objective is normalised by *global* counts, so the sum is the
+global-batch gradient) and BatchNorm statistics are averaged with
 ``lax.pmean``. :func:`make_train_step` wraps it in ``jax.shard_map`` inside
 ``jax.jit`` with the state replicated, the batch sharded along ``'data'`` and
 the state's buffers donated. The same code runs on 1 CPU, N GPUs and
@@ -93,9 +94,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
 
   (loss, (terms, sums, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
-    grads, loss, terms, sums = jax.lax.psum((grads, loss, terms, sums), axis_name)
+    # No psum on ``grads``: the params enter shard_map replicated (invariant
+    # along the axis), and under shard_map's varying-manual-axes typing the
+    # transpose of that replication *is* a psum, which AD has already applied.
+    loss, terms, sums = jax.lax.psum((loss, terms, sums), axis_name)
     new_model_state = jax.lax.pmean(new_model_state, axis_name)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
 
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)

@@ -235,3 +235,19 @@ def test_weights_gradient_modes_same_value():
   full = cam.forward_with_cam(model, variables, x, layer="layer3", targets=t, weights_gradient="full")
   stop = cam.forward_with_cam(model, variables, x, layer="layer3", targets=t, weights_gradient="stop")
   chex.assert_trees_all_close(full.cam, stop.cam)
+
+
+def test_cam_inside_shard_map_equals_single_device():
+  """Regression: a replicated zero perturbation made shard_map psum CAM gradients across devices."""
+  from jax.sharding import PartitionSpec
+
+  from ria_jax import parallel
+
+  model, variables, x = _setup("resnet18", batch=8)
+  t = jnp.arange(8) % 6
+  single = cam.forward_with_cam(model, variables, x, layer="layer3", targets=t)
+  mesh = parallel.make_mesh(jax.devices()[:8])
+  fn = jax.jit(jax.shard_map(
+      lambda v, x, t: cam.forward_with_cam(model, v, x, layer="layer3", targets=t).cam, mesh=mesh,
+      in_specs=(PartitionSpec(), PartitionSpec("data"), PartitionSpec("data")), out_specs=PartitionSpec("data")))
+  chex.assert_trees_all_close(fn(variables, x, t), single.cam, rtol=1e-5, atol=1e-7)

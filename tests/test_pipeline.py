@@ -49,6 +49,16 @@ def test_processes_get_disjoint_shards_of_train(data_cfg):
   assert set().union(*seen) == set(range(120))
 
 
+def test_processes_together_see_the_single_process_global_batch(data_cfg):
+  src = sources.open_source(data_cfg, "train")
+  single = pipeline.train_dataset(src, data_cfg, global_batch=12, seed=3, process_index=0, process_count=1)
+  parts = [pipeline.train_dataset(src, data_cfg, global_batch=12, seed=3, process_index=p, process_count=3)
+           for p in range(3)]
+  for step in (0, 5, 11):  # 11: past the first epoch
+    joined = {k: np.concatenate([part[step][k] for part in parts]) for k in single[step]}
+    _assert_batches_equal(joined, single[step])
+
+
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_eval_covers_every_example_exactly_once(data_cfg, process_count):
   src = sources.open_source(data_cfg, "mixed_rand")  # 37 examples: a partial last batch

@@ -89,7 +89,8 @@ def test_too_many_bad_files_fail_the_build(tmp_path, tree):
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path):
-  with pytest.raises(rival10.DatasetNotFoundError, match=r"(?s)Looked for rival10.zip.*" + str(tmp_path) + ".*mmoayeri/RIVAL10"):
+  where = r"(?s)Looked for rival10.zip.*" + str(tmp_path) + ".*mmoayeri/RIVAL10"
+  with pytest.raises(rival10.DatasetNotFoundError, match=where):
     sources.prepare(_cfg(tmp_path, tmp_path))
   with pytest.raises(rival10.DatasetNotFoundError, match="no manual_dir was given"):
     sources.prepare({**_cfg(tmp_path, tmp_path), "manual_dir": ""})

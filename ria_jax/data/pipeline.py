@@ -1,7 +1,8 @@
 """grain input pipelines: sharded, shuffled, augmented, checkpointable train batches; exact eval batches.
 
-Train: ``source -> (boxes file join) -> this process's shard -> shuffle (per
-epoch) -> repeat -> random resized crop + flip -> batch``. Every batch is a
+Train: ``source -> (boxes file join) -> shuffle (per epoch) -> repeat ->
+random resized crop + flip -> batch -> this process's rows of each global
+batch``. Every batch is a
 pure function of ``(seed, step)`` (grain ``MapDataset`` semantics), and the
 iterator state saved with each checkpoint (``get_state``/``set_state``) makes
 a resumed run see exactly the batches an uninterrupted one would.
@@ -113,17 +114,22 @@ def _check_batch(global_batch: int, process_count: int) -> int:
 def train_dataset(source: Source, data_cfg: Mapping[str, Any], *, global_batch: int, seed: int,
                   override: BoxOverride | None = None, keep_mask: bool = False,
                   process_index: int | None = None, process_count: int | None = None) -> grain.MapDataset:
-  """Infinite, indexable dataset of this process's train batches (``ds[step]`` is batch ``step``)."""
+  """Infinite, indexable dataset of this process's train batches (``ds[step]`` is batch ``step``).
+
+  The shuffle and the augmentation are defined on the *global* example
+  stream, and process ``p`` takes rows ``[p * B_p, (p + 1) * B_p)`` of every
+  global batch: the global batch is the same for any number of processes, so
+  a multi-host run trains on exactly what a single-host run would.
+  """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   local_batch = _check_batch(global_batch, process_count)
-  ds = _with_index(source)[process_index::process_count]
-  if len(ds) < local_batch:
-    raise ValueError(f"Split {source.split!r} has {len(ds)} examples per process, fewer than the "
-                     f"per-process batch {local_batch}.")
-  ds = ds.seed(seed).shuffle().repeat()
+  if len(source) < global_batch:
+    raise ValueError(f"Split {source.split!r} has {len(source)} examples, fewer than the global batch "
+                     f"{global_batch}.")
+  ds = _with_index(source).seed(seed).shuffle().repeat()
   ds = ds.random_map(_Prepare(int(data_cfg["image_size"]), True, data_cfg, override, keep_mask))
-  return ds.batch(local_batch, drop_remainder=True)
+  return ds.batch(local_batch, drop_remainder=True)[process_index::process_count]
 
 
 def make_iterator(ds: grain.MapDataset, workers: int = 0, threads: int = 0) -> grain.DatasetIterator:
