@@ -10,8 +10,11 @@ detected (SLURM, Open MPI, TPU pods, ...) or when --coordinator_address is
 given together with --num_processes and --process_id.
 """
 
+import difflib
 import json
 import os
+import runpy
+import sys
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -33,6 +36,43 @@ def _cluster_detected() -> bool:
   return any(m in os.environ for m in markers)
 
 
+def _config_typos(argv: list[str]) -> list[str]:
+  """Messages for ``--config.a.b=...`` overrides naming fields the config file does not have."""
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path is None:
+    return []
+  config = runpy.run_path(path.split(":")[0])["get_config"]()
+  problems = []
+  for arg in argv:
+    if not arg.startswith("--config.") or "=" not in arg:
+      continue
+    node, walked = config, []
+    for part in arg[len("--config."):].split("=", 1)[0].split("."):
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in keys:
+        where = ".".join(walked) or "the config"
+        close = difflib.get_close_matches(part, keys, n=3, cutoff=0.3)
+        hint = f" Did you mean {', '.join('config.' + '.'.join([*walked, c]) for c in close)}?" if close else ""
+        problems.append(f"{arg.split('=', 1)[0]}: {where} has no field {part!r}.{hint} "
+                        f"Its fields: {', '.join(sorted(keys))}.")
+        break
+      node, walked = node[part], [*walked, part]
+  return problems
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config typos explained instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception:
+    problems = _config_typos(argv)
+    if problems:
+      sys.stderr.write("Config error (the config is locked; fields cannot be added):\n  "
+                       + "\n  ".join(problems) + "\n")
+      sys.exit(2)
+    raise
+
+
 class _QuietLibraries(logging.logging.Filter):
   """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
 
@@ -46,6 +86,9 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flags, so --help is fast
 
+  if _COORDINATOR.value is not None or _cluster_detected():
+    # CPU processes exchange collectives over gloo (GPUs/TPUs use their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if _COORDINATOR.value is not None:
     local = [int(i) for i in _LOCAL_DEVICES.value.split(",")] if _LOCAL_DEVICES.value else None
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -76,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

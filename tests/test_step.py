@@ -67,6 +67,7 @@ def test_eight_devices_equal_one_device(model_name, weights_gradient, dtype, rto
   with jax.enable_x64(dtype == "float64"):
     one, hist_one = _run(config, parallel.make_mesh(jax.devices()[:1]))
     eight, hist_eight = _run(config, parallel.make_mesh(jax.devices()))
+    init = models.from_config(config.model, 10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
   # Same global batch, synchronised BatchNorm, global normalisation of the RIA mean.
   for m1, m8 in zip(hist_one, hist_eight, strict=True):
     chex.assert_trees_all_close(m1, m8, rtol=rtol, atol=atol)
@@ -75,7 +76,6 @@ def test_eight_devices_equal_one_device(model_name, weights_gradient, dtype, rto
   assert int(one.step) == 3
   assert all(float(m["ria"]) > 0 and float(m["valid_share"]) < 1 for m in hist_one)  # RIA on, some boxes invalid
   # Training moved the parameters (the comparison is not between two initial states).
-  init = models.from_config(config.model, 10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
   assert not np.allclose(jax.tree.leaves(init["params"])[0], jax.tree.leaves(one.params)[0])
 
 
