@@ -17,16 +17,17 @@ from ria_jax.eval_loop import Evaluator
 
 def restore_state(ckpts: Checkpoints, config: Any, model: Any, which: str = "latest",
                   mesh: Any = None) -> step.TrainState:
-  """The train state of a checkpoint (replicated on ``mesh`` if given, else on the host)."""
+  """The train state of a checkpoint, replicated on ``mesh`` (default: all devices).
+
+  The checkpoint may come from any topology (other device or process counts).
+  """
   size = int(config.data.image_size)
   variables = jax.eval_shape(lambda k: model.init(k, jax.numpy.zeros((1, size, size, 3), "uint8")),
                              jax.random.key(0))
   tx = step.step_kwargs_from_config(config, model, 1)["tx"]
   template = jax.eval_shape(lambda v: step.create_train_state(v, tx, 0), variables)
-  if mesh is not None:
-    template = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec())), template)
+  replicated = jax.sharding.NamedSharding(mesh or parallel.make_mesh(), jax.sharding.PartitionSpec())
+  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
   restored = ckpts.restore(template, which=which)
   if restored is None:
     raise FileNotFoundError(f"No {which} checkpoint in {ckpts.workdir}; train first "

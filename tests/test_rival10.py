@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import rival10_fake
 
 from ria_jax.data import rival10, sources
+
+import rival10_fake
 
 
 def _cfg(tmp_path, manual, **rival):
