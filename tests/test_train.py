@@ -130,10 +130,12 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  procs = [subprocess.Popen(launch_cmd(multi, data_dir, **steps) + [
-      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=subprocess_env(2), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = []
+  for i in range(2):
+    cmd = [*launch_cmd(multi, data_dir, **steps), f"--coordinator_address=localhost:{port}", "--num_processes=2",
+           f"--process_id={i}"]
+    procs.append(subprocess.Popen(cmd, env=subprocess_env(2), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True))
   errors = [p.communicate(timeout=600)[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), "\n".join(e[-3000:] for e in errors)
   assert "process 1/2" in errors[1] or "process 1/2" in errors[0]
