@@ -80,8 +80,15 @@ def read_state_dict(path: str | Path, fmt: str = "auto") -> dict[str, np.ndarray
     for key in ("state_dict", "model", "model_state_dict"):
       if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
         obj = obj[key]
-    state = {k: v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
-             for k, v in obj.items() if hasattr(v, "detach")}
+
+    def flatten(tree, prefix=""):  # nested dicts (e.g. DINO's {'teacher': {...}}) -> dotted keys
+      for k, v in tree.items():
+        if isinstance(v, Mapping):
+          yield from flatten(v, f"{prefix}{k}.")
+        elif hasattr(v, "detach"):
+          yield f"{prefix}{k}", v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
+
+    state = dict(flatten(obj))
   elif fmt == "safetensors":
     from safetensors.numpy import load_file
 

@@ -129,6 +129,20 @@ def write(path: str | Path, records: Iterable[BoxRecord], append: bool = False) 
       f.write(r.to_json() + "\n")
 
 
+def repair_tail(path: str | Path) -> int:
+  """Drops a partial last line (a writer killed mid-line); returns the bytes removed."""
+  path = Path(path)
+  if not path.exists():
+    return 0
+  data = path.read_bytes()
+  if not data or data.endswith(b"\n"):
+    return 0
+  keep = data.rfind(b"\n") + 1
+  with path.open("r+b") as f:
+    f.truncate(keep)
+  return len(data) - keep
+
+
 class BoxTable:
   """Normalised boxes by id, with a count of the ids it did not have."""
 
