@@ -161,7 +161,7 @@ def test_vit_keys_match_dino_reference(layout):
 
 
 def test_vit_import_names_bad_keys():
-  model, init, state, *_ = _fixture()
+  _, init, state, *_ = _fixture()
   broken = dict(state)
   del broken["blocks.1.mlp.fc2.bias"]
   broken["blocks.0.attn.proj.weight"] = broken["blocks.0.attn.proj.weight"][:-1]
