@@ -13,17 +13,31 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ria_jax import cam as cam_lib
 from ria_jax import losses
 from ria_jax.data import pipeline
 from ria_jax.data.sources import Source
+
+# Figures are built with matplotlib's object API (no pyplot): no global backend
+# is touched, so this works headless and leaves notebooks' inline backend alone.
+
+
+def _subplots(rows: int, cols: int, figsize: tuple[float, float]):
+  fig = Figure(figsize=figsize)
+  axes = fig.subplots(rows, cols, squeeze=False)
+  return fig, axes
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return path
 
 
 def fixed_examples(source: Source, data_cfg: Any, n: int) -> dict[str, np.ndarray]:
@@ -75,19 +89,14 @@ def heatmap_grid(batch: Mapping[str, np.ndarray], explained: Mapping[str, np.nda
                  class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
   """Rows: image / CAM overlay with B_gc (red) and the object box (green), one column per example."""
   n = len(batch["label"])
-  fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+  fig, axes = _subplots(2, n, (1.6 * n, 3.4))
   for i in range(n):
     label, pred = int(batch["label"][i]), int(explained["pred"][i])
     _heatmap_column(axes[:, i], explained["image"][i], explained["cam"][i], explained["box_gc"][i],
                     batch["box"][i], bool(batch["box_valid"][i]),
                     f"{class_names[label]}\npred {class_names[pred]}")
   fig.suptitle(title or "Grad-CAM of the true class: B_gc red, object box green", fontsize=9)
-  fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def noise_curves(results: Mapping[str, Any], path: str | Path, labels: Sequence[str] = ("",)) -> Path | None:
@@ -95,7 +104,8 @@ def noise_curves(results: Mapping[str, Any], path: str | Path, labels: Sequence[
   runs = [r for r in (results if isinstance(results, list) else [results]) if r.get("noise_sigmas")]
   if not runs:
     return None
-  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  fig, axes = _subplots(1, 1, (4.5, 3.2))
+  ax = axes[0, 0]
   for run, label in zip(runs, list(labels) + [""] * len(runs), strict=False):
     sig = run["noise_sigmas"]
     ax.plot(sig, run["noise_fg_accuracy"], "o-", label=f"{label} foreground noise".strip())
@@ -105,12 +115,7 @@ def noise_curves(results: Mapping[str, Any], path: str | Path, labels: Sequence[
   ax.set_ylim(0, 1)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def write_run_figures(workdir: str | Path, model: Any, variables: Mapping[str, Any], config: Any,
@@ -153,7 +158,7 @@ def compare_workdirs(workdirs: Sequence[str | Path], out: str | Path, split: str
     rows.append((Path(wd).name, batch, explain(model, variables, batch, config.ria, config.eval.cam_method),
                  info.class_names))
   n = len(rows[0][1]["label"])
-  fig, axes = plt.subplots(2 * len(rows), n, figsize=(1.6 * n, 3.4 * len(rows)), squeeze=False)
+  fig, axes = _subplots(2 * len(rows), n, (1.6 * n, 3.4 * len(rows)))
   for r, (name, batch, explained, names) in enumerate(rows):
     for i in range(n):
       label, pred = int(batch["label"][i]), int(explained["pred"][i])
@@ -161,12 +166,7 @@ def compare_workdirs(workdirs: Sequence[str | Path], out: str | Path, split: str
                       explained["box_gc"][i], batch["box"][i], bool(batch["box_valid"][i]),
                       f"{name}\n{names[label]} / pred {names[pred]}")
   fig.suptitle(f"{split}: B_gc red, object box green", fontsize=9)
-  fig.tight_layout()
-  out = Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=120)
-  plt.close(fig)
-  return out
+  return _save(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
