@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from ria_jax import losses, models, train
+from ria_jax import figures, losses, models, train
 from ria_jax.checkpoint import Checkpoints
 from ria_jax.data import boxes_file, pipeline, sources
 from ria_jax.eval_main import restore_variables
@@ -62,6 +62,9 @@ def test_launch_trains_evaluates_and_writes_every_output(data_dir, tmp_path):
       "noise_in_distribution.png"]
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["image_size"] == 32  # the override reached the run
+  # Two runs side by side (here the same run twice: the plumbing, not the science).
+  compare = figures.compare_workdirs([workdir, workdir], tmp_path / "compare.png", split="mixed_rand")
+  assert compare.stat().st_size > 10_000
 
   # --mode=eval on the final checkpoint reproduces the end-of-training metrics.
   proc = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--mode=eval", f"--workdir={workdir}"],

@@ -20,54 +20,52 @@ from ria_jax.numerics import at_least_f32
 CAM_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34)."""
+class _Block(nn.Module):
+  """Shared fields and the conv/BN factories of the residual blocks."""
 
   planes: int
   stride: int
   train: bool
   dtype: common.Dtype
   bn_axis_name: str | None
+
+  def conv(self, channels: int, kernel: int, stride: int, padding: int, name: str) -> nn.Conv:
+    return nn.Conv(channels, (kernel, kernel), (stride, stride), padding=common.torch_pad(padding),
+                   use_bias=False, kernel_init=common.conv_kernel_init, dtype=self.dtype, name=name)
+
+  def bn(self, name: str) -> nn.BatchNorm:
+    return common.batch_norm(self.train, self.dtype, self.bn_axis_name, name)
+
+  def shortcut(self, x: jax.Array, out_planes: int) -> jax.Array:
+    if self.stride != 1 or x.shape[-1] != out_planes:
+      return self.bn("downsample_bn")(self.conv(out_planes, 1, self.stride, 0, "downsample_conv")(x))
+    return x
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (ResNet-18/34)."""
+
   expansion = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    bn = lambda name: common.batch_norm(self.train, self.dtype, self.bn_axis_name, name)
-    conv = lambda c, k, s, p, name: nn.Conv(
-        c, (k, k), (s, s), padding=common.torch_pad(p), use_bias=False,
-        kernel_init=common.conv_kernel_init, dtype=self.dtype, name=name)
-    residual = x
-    y = nn.relu(bn("bn1")(conv(self.planes, 3, self.stride, 1, "conv1")(x)))
-    y = bn("bn2")(conv(self.planes, 3, 1, 1, "conv2")(y))
-    if self.stride != 1 or x.shape[-1] != self.planes:
-      residual = bn("downsample_bn")(conv(self.planes, 1, self.stride, 0, "downsample_conv")(x))
-    return nn.relu(y + residual)
+    y = nn.relu(self.bn("bn1")(self.conv(self.planes, 3, self.stride, 1, "conv1")(x)))
+    y = self.bn("bn2")(self.conv(self.planes, 3, 1, 1, "conv2")(y))
+    return nn.relu(y + self.shortcut(x, self.planes))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 -> 3x3 (strided, torchvision's v1.5) -> 1x1 x4 (ResNet-50/101)."""
 
-  planes: int
-  stride: int
-  train: bool
-  dtype: common.Dtype
-  bn_axis_name: str | None
   expansion = 4
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    bn = lambda name: common.batch_norm(self.train, self.dtype, self.bn_axis_name, name)
-    conv = lambda c, k, s, p, name: nn.Conv(
-        c, (k, k), (s, s), padding=common.torch_pad(p), use_bias=False,
-        kernel_init=common.conv_kernel_init, dtype=self.dtype, name=name)
     out_planes = self.planes * self.expansion
-    residual = x
-    y = nn.relu(bn("bn1")(conv(self.planes, 1, 1, 0, "conv1")(x)))
-    y = nn.relu(bn("bn2")(conv(self.planes, 3, self.stride, 1, "conv2")(y)))
-    y = bn("bn3")(conv(out_planes, 1, 1, 0, "conv3")(y))
-    if self.stride != 1 or x.shape[-1] != out_planes:
-      residual = bn("downsample_bn")(conv(out_planes, 1, self.stride, 0, "downsample_conv")(x))
-    return nn.relu(y + residual)
+    y = nn.relu(self.bn("bn1")(self.conv(self.planes, 1, 1, 0, "conv1")(x)))
+    y = nn.relu(self.bn("bn2")(self.conv(self.planes, 3, self.stride, 1, "conv2")(y)))
+    y = self.bn("bn3")(self.conv(out_planes, 1, 1, 0, "conv3")(y))
+    return nn.relu(y + self.shortcut(x, out_planes))
 
 
 class ResNet(nn.Module):
