@@ -40,7 +40,8 @@ def _run(config, mesh, n_steps=3):
   model = models.from_config(config.model, 10, axis_name=parallel.AXIS)
   kwargs = step.step_kwargs_from_config(config, model, 100)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
-  variables = jax.tree.map(lambda x: x.astype(config.model.dtype), variables)
+  if config.model.dtype == "float64":  # parameters are float32 by design; float64 checks cast them
+    variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
   state = parallel.replicate(step.create_train_state(variables, kwargs["tx"], 0), mesh)
   fn = step.make_train_step(mesh, **kwargs)
   history = []
