@@ -16,7 +16,7 @@ from ria_jax.eval_loop import Evaluator
 
 
 def restore_state(ckpts: Checkpoints, config: Any, model: Any, which: str = "latest",
-                  mesh: Any = None) -> step.TrainState:
+                  mesh: Any = None, at_step: int | None = None) -> step.TrainState:
   """The train state of a checkpoint, replicated on ``mesh`` (default: all devices).
 
   The checkpoint may come from any topology (other device or process counts).
@@ -28,16 +28,17 @@ def restore_state(ckpts: Checkpoints, config: Any, model: Any, which: str = "lat
   template = jax.eval_shape(lambda v: step.create_train_state(v, tx, 0), variables)
   replicated = jax.sharding.NamedSharding(mesh or parallel.make_mesh(), jax.sharding.PartitionSpec())
   template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
-  restored = ckpts.restore(template, which=which)
+  restored = ckpts.restore(template, which=which, step=at_step)
   if restored is None:
     raise FileNotFoundError(f"No {which} checkpoint in {ckpts.workdir}; train first "
                             f"(python launch.py --mode=train --workdir={ckpts.workdir} ...).")
   return restored[0]
 
 
-def restore_variables(ckpts: Checkpoints, config: Any, model: Any, which: str = "latest") -> dict[str, Any]:
-  """Model variables (``params`` + ``batch_stats``) of a checkpoint, on the host."""
-  state = jax.device_get(restore_state(ckpts, config, model, which))
+def restore_variables(ckpts: Checkpoints, config: Any, model: Any, which: str = "latest",
+                      at_step: int | None = None) -> dict[str, Any]:
+  """Model variables (``params`` + ``batch_stats``) of a checkpoint (default the latest/best), on the host."""
+  state = jax.device_get(restore_state(ckpts, config, model, which, at_step=at_step))
   return {"params": state.params, **state.model_state}
 
 

@@ -122,6 +122,7 @@ def test_total_loss_gradient_matches_finite_differences(weights_gradient):
     state = {"batch_stats": variables["batch_stats"]}
     params = variables["params"]
 
+    @jax.jit
     def loss(p):
       return objective.objective(model, p, state, batch, ria_cfg=cfg, alpha=1.0, beta=0.5,
                                  use_ria=True, train=False)[0]
@@ -131,7 +132,7 @@ def test_total_loss_gradient_matches_finite_differences(weights_gradient):
     else:
       grads0 = cam.forward_with_cam(model, variables, batch["image"], layer=cfg.layer,
                                     targets=batch["label"]).gradients
-      reference = _frozen_weights_loss(model, state, batch, cfg, grads0)
+      reference = jax.jit(_frozen_weights_loss(model, state, batch, cfg, grads0))
       np.testing.assert_allclose(reference(params), loss(params), rtol=1e-10)
     _directional_check(jax.grad(loss), reference, params)
 

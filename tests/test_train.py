@@ -32,12 +32,12 @@ def data_dir(tmp_path_factory):
   return path
 
 
-def final_variables(workdir, data_dir, which="latest", **overrides):
+def final_variables(workdir, data_dir, which="latest", at_step=None, **overrides):
   config = tiny_config(data_dir, **overrides)
   model = models.from_config(config.model, 10)
   ckpts = Checkpoints(workdir, async_save=False)
   try:
-    return restore_variables(ckpts, config, model, which)
+    return restore_variables(ckpts, config, model, which, at_step)
   finally:
     ckpts.close()
 
@@ -87,13 +87,16 @@ def test_misspelled_field_is_rejected():
   assert not Path("/tmp/never").exists()
 
 
-RESUME_STEPS = {"train.steps": 40, "train.eval_every": 1000}
+# One uninterrupted single-process run (4 devices) is the reference for the
+# resume tests and for the two-process test.
+RESUME_STEPS = {"train.steps": 24, "train.eval_every": 24, "train.keep_checkpoints": 10}
+DEVICES = 4
 
 
 @pytest.fixture(scope="module")
 def reference_run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
-  run_launch(workdir, data_dir, **RESUME_STEPS)
+  run_launch(workdir, data_dir, devices=DEVICES, **RESUME_STEPS)
   return workdir
 
 
@@ -101,7 +104,7 @@ def reference_run(data_dir, tmp_path_factory):
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_run_resumes_to_identical_parameters(data_dir, reference_run, tmp_path, how):
   workdir = tmp_path / "interrupted"
-  proc = subprocess.Popen(launch_cmd(workdir, data_dir, **RESUME_STEPS), env=subprocess_env(2), cwd=ROOT,
+  proc = subprocess.Popen(launch_cmd(workdir, data_dir, **RESUME_STEPS), env=subprocess_env(DEVICES), cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while not (workdir / "checkpoints" / "8").exists():
@@ -110,25 +113,24 @@ def test_interrupted_run_resumes_to_identical_parameters(data_dir, reference_run
   proc.send_signal(how)
   _, stderr = proc.communicate(timeout=120)
   latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  assert latest < 40 and not (workdir / "results.json").exists(), "the run was not interrupted"
+  assert latest < RESUME_STEPS["train.steps"] and not (workdir / "results.json").exists(), "not interrupted"
   if how == signal.SIGTERM:  # preemption: a clean exit with a checkpoint of the step it stopped at
     assert proc.returncode == 0, stderr[-2000:]
     assert "Stopped by a signal" in stderr
   else:
     assert proc.returncode == -signal.SIGKILL
 
-  resumed = run_launch(workdir, data_dir, **RESUME_STEPS)
+  resumed = run_launch(workdir, data_dir, devices=DEVICES, **RESUME_STEPS)
   assert f"Resuming from step {latest}" in resumed.stderr
   # Same batches, same per-step keys, same arithmetic: bit-identical on CPU.
   chex.assert_trees_all_equal(final_variables(reference_run, data_dir), final_variables(workdir, data_dir))
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(data_dir, tmp_path):
+def test_two_processes_match_one_process(data_dir, reference_run, tmp_path):
   """jax.distributed on localhost with gloo CPU collectives: 2 processes x 2 devices vs 1 x 4."""
-  steps = {"train.steps": 8, "train.eval_every": 8}
-  single = tmp_path / "single"
-  run_launch(single, data_dir, devices=4, **steps)
+  steps = {**RESUME_STEPS, "train.steps": 8, "train.eval_every": 8}
+  single = reference_run  # its step-8 checkpoint and step-8 metrics
   multi = tmp_path / "multi"
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -142,17 +144,19 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
   errors = [p.communicate(timeout=600)[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), "\n".join(e[-3000:] for e in errors)
   assert "process 1/2" in errors[1] or "process 1/2" in errors[0]
-  a = json.loads((single / "results.json").read_text())
-  b = json.loads((multi / "results.json").read_text())
   # Gloo's all-reduce sums in another order than the in-process one: equal up to float32 round-off,
-  # which Adam's normalisation amplifies for near-zero gradients (seen: 2e-5 on O(0.1) weights after
-  # 8 steps). Stated tolerance: 1e-4 absolute on parameters, 1e-4 relative on the loss.
-  for split in a["eval"]:
-    if isinstance(a["eval"][split], dict):
-      np.testing.assert_allclose(b["eval"][split]["accuracy"], a["eval"][split]["accuracy"], atol=1 / 40 + 1e-9)
-  np.testing.assert_allclose(b["train"]["loss"], a["train"]["loss"], rtol=1e-4)
-  chex.assert_trees_all_close(final_variables(single, data_dir), final_variables(multi, data_dir),
+  # which BatchNorm and Adam amplify step after step (seen: 2e-5 on O(0.1) weights after 8 steps,
+  # 1.6e-3 relative on the loss after 24). Stated tolerance at step 8: 1e-4 absolute on parameters,
+  # 1e-4 relative on the train loss.
+  def loss_at_8(workdir):
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return next(r["loss"] for r in rows if r["kind"] == "train" and r["step"] == 8)
+
+  np.testing.assert_allclose(loss_at_8(multi), loss_at_8(single), rtol=1e-4)
+  chex.assert_trees_all_close(final_variables(single, data_dir, at_step=8), final_variables(multi, data_dir),
                               rtol=1e-3, atol=1e-4)
+  b = json.loads((multi / "results.json").read_text())
+  assert b["final_step"] == 8 and all(b["eval"][s]["examples"] == 40 for s in TINY["eval.splits"])
 
 
 def test_nan_in_the_ria_loss_stops_training_naming_step_and_term(data_dir, tmp_path, monkeypatch):
