@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from IPython.display import Image, display
 from ml_collections import ConfigDict
 
@@ -34,6 +35,7 @@ from ria_jax.data import sources
 from ria_jax.eval_loop import Evaluator
 from ria_jax.eval_main import restore_variables
 
+logging.set_verbosity(logging.ERROR)
 workdir = Path(os.environ.get("RIA_JAX_WORKDIR", "runs/demo"))
 config = ConfigDict(json.loads((workdir / "config.json").read_text()))
 info = sources.info(config.data.name)
