@@ -136,14 +136,18 @@ class Evaluator:
 
   def evaluate(self, variables: Mapping[str, Any], sources: Mapping[str, Source], *,
                overrides: Mapping[str, pipeline.BoxOverride] | None = None,
-               show_progress: bool = False) -> dict[str, Any]:
-    """Metrics for every split in ``sources``, plus ``bg_gap`` when both mixed splits are there."""
+               show_progress: bool = False, noise: bool = True) -> dict[str, Any]:
+    """Metrics for every split in ``sources``, plus ``bg_gap`` when both mixed splits are there.
+
+    ``noise=False`` skips the noise test (2 x len(sigmas) extra forward passes
+    per example), as periodic evaluations during training do.
+    """
     results: dict[str, Any] = {}
     noise_splits = set(self.config.eval.noise_splits)
     for split, source in sources.items():
       results[split] = self.evaluate_split(
           variables, source, override=(overrides or {}).get(split),
-          with_noise=split in noise_splits and bool(self.config.eval.noise_sigmas),
+          with_noise=noise and split in noise_splits and bool(self.config.eval.noise_sigmas),
           show_progress=show_progress)
     if "mixed_same" in results and "mixed_rand" in results:
       results["bg_gap"] = evaluate.bg_gap(results["mixed_same"]["accuracy"], results["mixed_rand"]["accuracy"])
