@@ -198,9 +198,3 @@ def centre_distance_term(a: jax.Array, b: jax.Array, aspect: float = 1.0, eps: f
   c = enclosing(a, b)
   diag = squared_diagonal(c, aspect) * (aspect**2 + 1.0)
   return jnp.sum(d**2, axis=-1) / (diag + eps)
-
-
-def box_from_pixels(boxes_px: jax.Array, height: int, width: int) -> jax.Array:
-  """Pixel ``(x1, y1, x2, y2)`` (edges) to normalised coordinates."""
-  scale = jnp.asarray([width, height, width, height], jnp.float32)
-  return boxes_px.astype(jnp.float32) / scale

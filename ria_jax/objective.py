@@ -80,7 +80,7 @@ def objective(model: nn.Module, params: Any, model_state: Mapping[str, Any], bat
 
   ce_i = losses.cross_entropy(logits, labels, label_smoothing)
   ce = losses.weighted_mean(ce_i, weights, _global(jnp.sum(weights), axis_name))
-  loss = alpha * ce + (beta * ria if use_ria else 0.0)
+  loss = losses.total_loss(ce, ria, alpha, beta) if use_ria else alpha * ce
 
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
   sums = {

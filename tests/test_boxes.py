@@ -119,11 +119,6 @@ def test_soft_box_gradient_points_the_right_way():
   assert abs(float(grad[0, 3, 0])) < abs(float(grad[0, 3, 6]))  # far pixels matter less
 
 
-def test_box_from_pixels():
-  np.testing.assert_allclose(boxes.box_from_pixels(jnp.array([[10, 20, 30, 40]]), 100, 50),
-                             [[0.2, 0.2, 0.6, 0.4]])
-
-
 def test_unknown_box_method():
   with pytest.raises(ValueError, match="Unknown box method"):
     boxes.soft_box(jnp.zeros((1, 2, 2)), 0.5, 0.1, "convex_hull")

@@ -170,10 +170,6 @@ def eval_dataset(source: Source, data_cfg: Mapping[str, Any], *, global_batch: i
   return grain.MapDataset.source(positions).map(load).batch(local_batch, drop_remainder=False)
 
 
-def num_eval_batches(n: int, global_batch: int) -> int:
-  return math.ceil(n / global_batch)
-
-
 def to_device(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's share of a batch -> global arrays sharded along ``'data'``."""
   sharding = NamedSharding(mesh, PartitionSpec("data"))
